@@ -9,6 +9,7 @@ can serve which of my models" without starting any of them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
@@ -51,13 +52,18 @@ class EnvironmentProfile:
 
     @classmethod
     def current(cls, name: str = "this environment") -> EnvironmentProfile:
+        """The running interpreter's profile (distributions read once per process)."""
+        return dataclasses.replace(_current_profile(), name=name)
+
+    @classmethod
+    def _read_current(cls) -> EnvironmentProfile:
         dists: dict[str, str] = {}
         for dist in importlib.metadata.distributions():
             dist_name = dist.metadata.get("Name") if dist.metadata else None
             if dist_name:
                 dists.setdefault(canonicalize_name(dist_name), dist.version)
         return cls(
-            name=name,
+            name="this environment",
             python_version=platform.python_version(),
             markers=dict(default_environment()),
             distributions=dict(sorted(dists.items())),
@@ -68,7 +74,9 @@ class EnvironmentProfile:
             "modelload_profile": PROFILE_FORMAT,
             "name": self.name,
             "python_version": self.python_version,
-            "platform": f"{sys.platform}-{platform.machine()}" if self.name else "",
+            "platform": self.markers.get("sys_platform", sys.platform)
+            + "-"
+            + self.markers.get("platform_machine", platform.machine()),
             "markers": dict(self.markers),
             "distributions": dict(self.distributions),
         }
@@ -116,6 +124,11 @@ class EnvironmentProfile:
         env["python_full_version"] = self.python_version
         env["python_version"] = ".".join(self.python_version.split(".")[:2])
         return env
+
+
+@functools.lru_cache(maxsize=1)
+def _current_profile() -> EnvironmentProfile:
+    return EnvironmentProfile._read_current()
 
 
 @dataclasses.dataclass(frozen=True)

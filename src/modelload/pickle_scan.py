@@ -139,17 +139,22 @@ def _dtype_info(dtype: Any) -> tuple[int, bool]:
 
 @contextlib.contextmanager
 def _open_stream(path: Path) -> Iterator[IO[bytes]]:
-    """Open ``path``, transparently decompressing joblib's compressed formats."""
-    try:
-        from joblib.numpy_pickle_utils import _read_fileobject
-    except ImportError:  # pragma: no cover - joblib is a dependency
-        _read_fileobject = None
+    """Open ``path``, decompressing joblib's compressed formats (zlib, gzip, bz2, xz, lzma)."""
     with open(path, "rb") as raw:
-        if _read_fileobject is None:
-            yield raw
-            return
-        with _read_fileobject(raw, str(path), None) as stream:
-            yield stream if hasattr(stream, "read") else raw
+        buffered = io.BufferedReader(raw, buffer_size=1024 * 1024)
+        try:
+            from joblib.compressor import _COMPRESSORS
+            from joblib.numpy_pickle_utils import _detect_compressor
+
+            name = _detect_compressor(buffered)
+        except ImportError:  # pragma: no cover - joblib internals moved
+            name = "not-compressed"
+        if name == "compat":
+            raise ValueError("joblib < 0.10 file format is not supported; re-save the model")
+        if name in _COMPRESSORS:
+            yield io.BufferedReader(_COMPRESSORS[name].decompressor_file(buffered))
+        else:
+            yield buffered
 
 
 def referenced_modules(path: str | Path) -> set[str]:

@@ -230,6 +230,19 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
+def _transient_cause(exc: BaseException) -> BaseException | None:
+    """A transient error hidden behind ``exc`` (fsspec's http raises FileNotFoundError
+    for a refused connection), or None."""
+    seen = 0
+    current: BaseException | None = exc.__cause__ or exc.__context__
+    while current is not None and seen < 8:
+        if _is_transient(current):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
 @contextlib.contextmanager
 def source_errors(uri: str, action: str = "read") -> Iterator[None]:
     """Translate backend exceptions raised inside the block into modelload errors."""
@@ -238,6 +251,12 @@ def source_errors(uri: str, action: str = "read") -> Iterator[None]:
     except ModelLoadError:
         raise
     except FileNotFoundError as exc:
+        cause = _transient_cause(exc)
+        if cause is not None:
+            raise SourceUnavailableError(
+                f"cannot {action} {uri!r}: source unreachable or failing "
+                f"({type(cause).__name__}: {cause})"
+            ) from exc
         raise SourceNotFoundError(f"cannot {action} {uri!r}: not found at the source") from exc
     except PermissionError as exc:
         raise SourceError(
@@ -261,11 +280,17 @@ def source_errors(uri: str, action: str = "read") -> Iterator[None]:
 
 
 def _exists(source: Source, path: str) -> bool:
+    """Whether ``path`` exists; connection failures raise instead of answering False."""
     with source_errors(source.display(path), "check"):
         try:
-            return bool(source.fs.exists(path))
-        except FileNotFoundError:
+            source.fs.info(path)
+        except NotADirectoryError:
             return False
+        except FileNotFoundError as exc:
+            if _transient_cause(exc) is not None:
+                raise
+            return False
+        return True
 
 
 def locate(source: Source) -> Location:
