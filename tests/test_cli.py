@@ -122,3 +122,34 @@ def test_real_entry_point_exit_status(models: tuple[Path, Path]) -> None:
     )
     assert missing.returncode == 1
     assert "SourceNotFoundError" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_pack_signature_file_is_validated(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelload.manifest import Manifest
+
+    model = tmp_path / "m"
+    model.mkdir()
+    joblib.dump(DecisionTreeClassifier().fit([[0], [1]], [0, 1]), model / "tree.joblib")
+    sig = tmp_path / "sig.json"
+    sig.write_text(
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+                "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+            }
+        )
+    )
+    code, _, err = run("pack", str(model), "--name", "t", "--version", "1", "--signature", str(sig))
+    assert code == 0, err
+    signature = Manifest.read(model / "modelload.toml").signature
+    assert signature is not None and signature.inputs[0].shape == (-1, 1)
+    sig.write_text(json.dumps({"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1]}]}))
+    code, _, err = run("pack", str(model), "--name", "t", "--version", "1", "--signature", str(sig))
+    assert code == 1
+    assert "sig.json" in err and "'FLOAT'" in err
+    sig.write_text("{not json")
+    code, _, err = run("pack", str(model), "--name", "t", "--version", "1", "--signature", str(sig))
+    assert code == 1 and "not valid JSON" in err

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from modelload import __version__
-from modelload.errors import ModelLoadError
+from modelload.errors import ManifestError, ModelLoadError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,17 +86,16 @@ def pack(
     signature: Path | None,
 ) -> None:
     """Write DIRECTORY/modelload.toml pinning every file, and print the model digest."""
-    from modelload.manifest import Manifest
+    from modelload.manifest import Signature
     from modelload.manifest import pack as pack_dir
 
     sig = None
     if signature is not None:
-        doc = {
-            "model": {"name": "x", "version": "x", "path": "x", "format": "x"},
-            "files": {"x": {"sha256": "0" * 64, "size": 0}},
-            "signature": json.loads(signature.read_text()),
-        }
-        sig = Manifest._from_doc(doc, str(signature), b"").signature
+        try:
+            doc = json.loads(signature.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{signature}: not valid JSON: {exc}") from None
+        sig = Signature.from_dict(doc, str(signature))
     manifest = pack_dir(
         directory,
         name=name,

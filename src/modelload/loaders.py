@@ -160,25 +160,24 @@ def _load_pickle(entry: Path, model_dir: Path) -> Any:
         return pickle.load(handle)
 
 
-def _load_onnx(entry: Path, model_dir: Path) -> Any:
+def _import_for(module: str, format: str, extra: str, entry: Path) -> Any:
+    """Import ``module`` for a format whose library comes from a modelload extra."""
     try:
-        import onnxruntime
+        return importlib.import_module(module)
     except ImportError as exc:
         raise LoaderError(
-            f"cannot load {str(entry)!r}: the onnx format needs onnxruntime; "
-            "pip install 'modelload[onnx]'"
+            f"cannot load {str(entry)!r}: the {format} format needs {module.split('.')[0]}; "
+            f"pip install 'modelload[{extra}]'"
         ) from exc
+
+
+def _load_onnx(entry: Path, model_dir: Path) -> Any:
+    onnxruntime = _import_for("onnxruntime", "onnx", "onnx", entry)
     return onnxruntime.InferenceSession(str(entry), providers=["CPUExecutionProvider"])
 
 
 def _load_skops(entry: Path, model_dir: Path) -> Any:
-    try:
-        import skops.io as sio
-    except ImportError as exc:
-        raise LoaderError(
-            f"cannot load {str(entry)!r}: the skops format needs skops; "
-            "pip install 'modelload[skops]'"
-        ) from exc
+    sio = _import_for("skops.io", "skops", "skops", entry)
     untrusted = sio.get_untrusted_types(file=entry)
     if untrusted:
         # skops refuses unknown types by default; the manifest's sha256 pins the file,

@@ -105,6 +105,16 @@ class Signature:
             "outputs": [t.to_dict() for t in self.outputs],
         }
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], origin: str) -> Signature:
+        """Validate ``{"inputs": [...], "outputs": [...]}``; errors name ``origin``."""
+        if not isinstance(doc, Mapping):
+            raise ManifestError(f"{origin}: signature must be a table/object, found {doc!r}")
+        return cls(
+            inputs=_tensors(doc.get("inputs", []), f"{origin} [signature].inputs"),
+            outputs=_tensors(doc.get("outputs", []), f"{origin} [signature].outputs"),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
@@ -218,10 +228,7 @@ class Manifest:
         signature = None
         if "signature" in doc:
             sig = _table(doc, "signature", origin, required=True)
-            signature = Signature(
-                inputs=_tensors(sig.get("inputs", []), f"{origin} [signature].inputs"),
-                outputs=_tensors(sig.get("outputs", []), f"{origin} [signature].outputs"),
-            )
+            signature = Signature.from_dict(sig, origin)
         build_table = _table(doc, "build", origin, required=False)
         build = {str(k): str(v) for k, v in build_table.items()}
         return cls(
