@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+from modelutil import iris_predictions, train_iris
 from servers import GCSServer, RangeHTTPServer, S3Server, fake_gcs, seaweedfs
 
 
@@ -28,3 +30,17 @@ def range_http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rang
     """A fresh HTTP server (own directory, no faults, empty request log) per test."""
     with RangeHTTPServer(tmp_path_factory.mktemp("www")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The iris example, trained and packed once per run. Read-only: copy it to alter it."""
+    path = tmp_path_factory.mktemp("iris-model") / "iris"
+    train_iris(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def iris_expected(iris_model: Path) -> list[int]:
+    """What the iris model itself predicts for ``IRIS_SAMPLES``."""
+    return iris_predictions(iris_model)

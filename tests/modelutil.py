@@ -27,6 +27,15 @@ def train_iris(directory: Path) -> str:
     return digest
 
 
+def iris_predictions(directory: Path) -> list[int]:
+    """The trained model's own predictions for ``IRIS_SAMPLES``, loaded directly."""
+    import joblib
+    import numpy as np
+
+    model = joblib.load(directory / "model.joblib")
+    return [int(x) for x in model.predict(np.array(IRIS_SAMPLES))]
+
+
 def copy_model(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest

@@ -133,6 +133,9 @@ def seaweedfs() -> Iterator[S3Server]:
                 "-ip.bind=127.0.0.1",
                 "-volume.max=500",
                 "-master.volumeSizeLimitMB=256",
+                # fixed default ports (8181, 9101) would collide between parallel runs
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -203,8 +206,8 @@ class Fault:
     kind: ``status`` (answer ``status``), ``reset`` (send ``after`` body bytes, then
     RST), ``truncate`` (announce the full length, send ``after`` bytes, close),
     ``stall`` (send ``after`` bytes, then hang ``seconds``), ``slow`` (sleep
-    ``seconds`` before the body). ``times`` faults are served, then it is spent
-    (``times=0``: forever).
+    ``seconds`` before the body), ``gate`` (hold the body until ``release`` is set).
+    ``times`` faults are served, then it is spent (``times=0``: forever).
     """
 
     pattern: str
@@ -214,6 +217,8 @@ class Fault:
     seconds: float = 0.0
     times: int = 1
     served: int = 0
+    #: for ``gate``: the body is held until this is set (or ``seconds`` pass)
+    release: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def matches(self, path: str) -> bool:
         return re.search(self.pattern, path) is not None and (
@@ -269,6 +274,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._record(status, len(body))
 
     def _serve(self, head: bool) -> None:
+        with self.server.lock:
+            self.server.active += 1
+        try:
+            self._serve_file(head)
+        finally:
+            with self.server.lock:
+                self.server.active -= 1
+
+    def _serve_file(self, head: bool) -> None:
         rel = unquote(urlsplit(self.path).path).lstrip("/")
         root = Path(self.server.directory)
         target = (root / rel).resolve()
@@ -311,6 +325,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if head:
             self._record(status, 0)
             return
+        if fault is not None and fault.kind == "gate":
+            fault.release.wait(fault.seconds or None)
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.seconds)
         limit = length
@@ -355,6 +371,7 @@ class _Server(http.server.ThreadingHTTPServer):
     lock: threading.Lock
     bytes_sent: int
     stop_event: threading.Event
+    active: int
 
 
 class RangeHTTPServer:
@@ -369,6 +386,7 @@ class RangeHTTPServer:
         self._server.lock = threading.Lock()
         self._server.bytes_sent = 0
         self._server.stop_event = threading.Event()
+        self._server.active = 0
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -394,6 +412,15 @@ class RangeHTTPServer:
         with self._server.lock:
             self._server.faults.append(fault)
         return fault
+
+    def settle(self, deadline_s: float = 10) -> None:
+        """Wait until no request is being served, so ``hits`` is complete."""
+
+        def idle() -> bool:
+            with self._server.lock:
+                return self._server.active == 0
+
+        wait_until(idle, deadline_s, "HTTP server idle")
 
     def reset(self) -> None:
         """Forget recorded hits and faults."""

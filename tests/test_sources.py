@@ -11,7 +11,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
-from modelutil import IRIS_SAMPLES, train_iris
+from modelutil import IRIS_SAMPLES
 
 from modelload import SourceNotFoundError, load_model
 from modelload.settings import Settings
@@ -19,17 +19,13 @@ from modelload.sources import resolve
 
 
 @pytest.fixture(scope="module")
-def iris_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("src") / "iris"
-    train_iris(path)
-    return path
+def iris_dir(iris_model: Path) -> Path:
+    return iris_model  # the session's trained iris model (conftest.py), read-only
 
 
 @pytest.fixture(scope="module")
-def expected(iris_dir: Path) -> list[int]:
-    import joblib
-
-    return [int(x) for x in joblib.load(iris_dir / "model.joblib").predict(np.array(IRIS_SAMPLES))]
+def expected(iris_expected: list[int]) -> list[int]:
+    return iris_expected
 
 
 def _upload(fs: fsspec.AbstractFileSystem, local: Path, remote: str) -> None:

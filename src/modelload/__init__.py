@@ -9,8 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from modelload.app import create_app
 from modelload.compat import CompatReport, EnvironmentProfile
 from modelload.errors import (
+    CacheError,
     CompatibilityError,
     IntegrityError,
     LoaderError,
@@ -30,6 +32,7 @@ from modelload.manifest import Manifest, pack
 from modelload.settings import Settings
 
 __all__ = [
+    "CacheError",
     "CompatReport",
     "CompatibilityError",
     "EnvironmentProfile",
@@ -49,6 +52,7 @@ __all__ = [
     "SourceUnavailableError",
     "UnknownFormatError",
     "__version__",
+    "create_app",
     "load_model",
     "pack",
     "register_loader",

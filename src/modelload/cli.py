@@ -185,5 +185,196 @@ def check(
     sys.exit(0 if ok else EXIT_FAILED)
 
 
+# -- fetch and cache ------------------------------------------------------------------
+
+
+def _fetch_settings(cache_dir: Path | None, storage_options: str | None) -> Any:
+    from modelload.settings import Settings
+
+    options = json.loads(storage_options) if storage_options else None
+    return Settings.from_env(cache_dir=cache_dir, storage_options=options)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+_CACHE_DIR_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache directory (else MODELLOAD_CACHE_DIR, else the user cache dir).",
+)
+
+
+@main.command("fetch")
+@click.argument("uri")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also lay the model out as a plain directory here (e.g. a volume shared with the "
+    "server, which then loads MODELLOAD_MODEL_URI=DEST).",
+)
+@_CACHE_DIR_OPTION
+@click.option("--storage-options", help="JSON storage options (else MODELLOAD_STORAGE_OPTIONS).")
+@friendly_errors
+def fetch_command(
+    uri: str, dest: Path | None, cache_dir: Path | None, storage_options: str | None
+) -> None:
+    """Fetch and verify the model at URI into the cache (and DEST); print its digest.
+
+    The init-container mode of the model load pattern: `modelload fetch URI --dest
+    /models/current` in an init container, then the server starts with
+    MODELLOAD_MODEL_URI=/models/current. An interrupted fetch resumes where it stopped.
+    Exits 0 only when every file's sha256 matched. No compatibility check is made: the
+    init container's image need not carry the model's libraries.
+    """
+    import time
+
+    from modelload.fetch import fetch_uri
+
+    settings = _fetch_settings(cache_dir, storage_options)
+    started = time.perf_counter()
+    snapshot = fetch_uri(uri, settings, dest=dest)
+    elapsed = time.perf_counter() - started
+    where = dest if dest is not None else snapshot.local_dir
+    click.echo(
+        f"fetched {uri} -> {where} ({_human_bytes(snapshot.bytes_downloaded)} downloaded "
+        f"in {elapsed:.1f}s)",
+        err=True,
+    )
+    click.echo(f"sha256:{snapshot.digest}" if snapshot.manifest else snapshot.digest)
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect and prune the local model cache."""
+
+
+@cache_group.command("ls")
+@_CACHE_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per snapshot.")
+@friendly_errors
+def cache_ls(cache_dir: Path | None, as_json: bool) -> None:
+    """List cached model snapshots, most recently used first."""
+    import datetime
+
+    from modelload.cache import Cache
+
+    cache = Cache(_fetch_settings(cache_dir, None).cache_dir)
+    snaps = cache.list_snapshots()
+    if as_json:
+        for snap in snaps:
+            doc = {
+                "digest": snap.digest,
+                "name": snap.name,
+                "version": snap.version,
+                "files": snap.files,
+                "size": snap.size,
+                "last_used": snap.last_used,
+                "uris": list(snap.uris),
+                "path": str(snap.path),
+            }
+            click.echo(json.dumps(doc))
+        return
+    click.echo(f"cache: {cache.root} ({len(snaps)} snapshots)", err=True)
+    for snap in snaps:
+        used = datetime.datetime.fromtimestamp(snap.last_used).strftime("%Y-%m-%d %H:%M")
+        uris = ", ".join(snap.uris) or "-"
+        click.echo(
+            f"{snap.digest[:17]:<17}  {snap.name} {snap.version}  {snap.files} files  "
+            f"{_human_bytes(snap.size)}  used {used}  {uris}"
+        )
+
+
+@cache_group.command("prune")
+@click.option("--keep", type=click.IntRange(min=0), help="Keep the N most recently used snapshots.")
+@click.option("--older-than", help="Remove snapshots unused for this long: 12h, 7d, 2w, 1d12h.")
+@_CACHE_DIR_OPTION
+@friendly_errors
+def cache_prune(keep: int | None, older_than: str | None, cache_dir: Path | None) -> None:
+    """Remove old snapshots, then the blobs no remaining snapshot uses.
+
+    Without options only unreferenced blobs are removed.
+    """
+    from modelload.cache import Cache, parse_duration
+
+    try:
+        seconds = parse_duration(older_than) if older_than else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    cache = Cache(_fetch_settings(cache_dir, None).cache_dir)
+    report = cache.prune(keep=keep, older_than=seconds)
+    click.echo(
+        f"removed {len(report.snapshots)} snapshots, {report.blobs} blobs and "
+        f"{report.partials} partial downloads; freed {_human_bytes(report.bytes_freed)}"
+    )
+    for digest in report.snapshots:
+        click.echo(f"  removed snapshot {digest}")
+
+
+# -- serve ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_uri", required=False)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option(
+    "--inference-threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Predictions run at once per worker (raise for models that release the GIL).",
+)
+@click.option(
+    "--stay-up-on-failure",
+    is_flag=True,
+    help="Keep serving (/readyz 503 with the reason) when the model fails to load, "
+    "instead of exiting non-zero.",
+)
+@friendly_errors
+def serve(
+    model_uri: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    access_log: bool,
+    inference_threads: int,
+    stay_up_on_failure: bool,
+) -> None:
+    """Serve MODEL_URI (else MODELLOAD_MODEL_URI) over HTTP: /predict, V2, /readyz, /livez.
+
+    The server answers /livez at once and /readyz 503 until the model is loaded. A load
+    that fails for good (not found, integrity, compatibility, manifest) exits with status
+    1 after logging the reason, so an orchestrator restarts it with backoff.
+    """
+    from modelload.serve import ServeOptions, run
+
+    options = ServeOptions(
+        model_uri=model_uri,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+        inference_threads=inference_threads,
+        stay_up_on_failure=stay_up_on_failure,
+    )
+    sys.exit(run(options))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

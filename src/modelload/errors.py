@@ -9,6 +9,7 @@ engine) whether trying again may help.
 from __future__ import annotations
 
 __all__ = [
+    "CacheError",
     "CompatibilityError",
     "IntegrityError",
     "LoaderError",
@@ -55,6 +56,10 @@ class MissingExtraError(SourceError):
 
 class OfflineError(SourceError):
     """Offline mode was requested but the model is not in the local cache."""
+
+
+class CacheError(ModelLoadError):
+    """The local cache could not be written or read (disk full, permissions, corruption)."""
 
 
 class ManifestError(ModelLoadError):

@@ -1,30 +1,42 @@
-"""Bring a located model from its source into a verified local snapshot directory.
+"""Bring a located model from its source into a verified snapshot of the local cache.
 
 This is the one place :class:`~modelload.loader.ModelLoader` and ``modelload fetch``
-call to get bytes onto local disk. Files are written to temporary names and renamed
-into place only after their sha256 matches the manifest, so an interrupted or corrupt
-download is never visible at a final path.
+call to get bytes onto local disk. Blobs already in the cache (from an earlier run or
+another model) are linked, the rest is downloaded by :mod:`modelload.transfer`
+(concurrent ranges, retries, resume) into the content-addressed layout of
+:mod:`modelload.cache`. Nothing appears at a final path before its sha256 matched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
+import functools
 import os
-import shutil
-import uuid
-from collections.abc import Callable
+import posixpath
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from modelload.errors import IntegrityError, OfflineError
+from modelload.cache import Cache, link_or_copy
+from modelload.errors import CacheError, IntegrityError, ModelLoadError, OfflineError, SourceError
 from modelload.manifest import MANIFEST_NAME, Manifest, sha256_file
 from modelload.settings import Settings
-from modelload.sources import Location, source_errors
+from modelload.sources import Location, join_path, source_errors
+from modelload.transfer import FileRequest, FileResult, download
 
-__all__ = ["ProgressCallback", "Snapshot", "fetch_model", "open_offline", "verify_snapshot"]
+__all__ = [
+    "ProgressCallback",
+    "Snapshot",
+    "fetch_model",
+    "fetch_uri",
+    "materialize",
+    "open_offline",
+    "verify_snapshot",
+]
 
+#: ``progress(bytes_done, bytes_total)``; ``bytes_total`` may be None when unknown.
 ProgressCallback = Callable[[int, "int | None"], None]
-_COPY_BLOCK = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,25 +51,57 @@ class Snapshot:
     verified: bool = False
 
 
-def _snapshots(settings: Settings) -> Path:
-    return settings.cache_dir / "snapshots"
+@contextlib.contextmanager
+def _disk_errors(cache_dir: Path) -> Iterator[None]:
+    """Local filesystem failures (not the source's) become :class:`CacheError`."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except OSError as exc:
+        raise CacheError(
+            f"cannot write the model cache at {cache_dir}: {exc}; check free space and "
+            "permissions, or point MODELLOAD_CACHE_DIR elsewhere"
+        ) from exc
 
 
-def _complete_marker(snapshot_dir: Path) -> Path:
-    return snapshot_dir.parent / f".{snapshot_dir.name}.complete"
+@contextlib.contextmanager
+def _progress_bar(
+    progress: ProgressCallback | None, label: str, total: int
+) -> Iterator[Callable[[int, int], None] | None]:
+    """The caller's callback, else a tqdm bar when stderr is a terminal, else nothing."""
+    if progress is not None:
+        yield progress
+        return
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr
+    )
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
-def _copy(location: Location, src: str, dest: Path, progress: Callable[[int], None]) -> str:
-    """Copy one file from the source to ``dest`` (temp name), returning its sha256."""
-    digest = hashlib.sha256()
-    uri = location.source.display(src)
-    with source_errors(uri, "download"), location.source.fs.open(src, "rb") as fin:
-        with open(dest, "wb") as fout:
-            while block := fin.read(_COPY_BLOCK):
-                fout.write(block)
-                digest.update(block)
-                progress(len(block))
-    return digest.hexdigest()
+def _download(
+    location: Location,
+    requests: list[FileRequest],
+    settings: Settings,
+    progress: ProgressCallback | None,
+    label: str,
+) -> list[FileResult]:
+    if not requests:
+        return []
+    with _progress_bar(progress, label, sum(r.size for r in requests)) as callback:
+        return download(location.source.fs, requests, settings, progress=callback)
 
 
 def fetch_model(
@@ -67,72 +111,89 @@ def fetch_model(
     *,
     progress: ProgressCallback | None = None,
 ) -> Snapshot:
-    """Download every file of the model into ``<cache>/snapshots/<digest>/``."""
-    if manifest is None:
-        return _fetch_single(location, settings, progress)
-    snapshot_dir = _snapshots(settings) / manifest.digest
-    entry = snapshot_dir / manifest.path
-    if _complete_marker(snapshot_dir).exists():
-        return Snapshot(snapshot_dir, manifest, manifest.digest, entry, 0, verified=True)
-    total = sum(f.size for f in manifest.files.values())
-    done = 0
+    """Make ``<cache>/snapshots/<digest>/`` hold every file of the model, verified."""
+    with _disk_errors(settings.cache_dir):
+        if manifest is None:
+            return _fetch_single(location, settings, progress)
+        return _fetch_manifest(location, manifest, settings, progress)
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
 
-    staging = _snapshots(settings) / f".tmp-{manifest.digest[:16]}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True, exist_ok=True)
-    try:
+def _fetch_manifest(
+    location: Location,
+    manifest: Manifest,
+    settings: Settings,
+    progress: ProgressCallback | None,
+) -> Snapshot:
+    cache = Cache(settings.cache_dir)
+    digest = manifest.digest
+    uri = location.source.uri
+    existing = cache.find_snapshot(digest)
+    if existing is not None:  # warm: a snapshot that exists is complete and verified
+        cache.touch(digest)
+        cache.set_ref(uri, digest)
+        return Snapshot(existing, manifest, digest, existing / manifest.path, 0, verified=True)
+    resumable = not location.source.is_local
+    with cache.staging(digest) as staging:
+        cache.put_bytes(manifest.raw, link_to=staging / MANIFEST_NAME)
+        requests = []
         for rel, pinned in manifest.files.items():
-            dest = staging / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            found = _copy(location, location.root + "/" + rel, dest, tick)
-            if found != pinned.sha256:
-                raise IntegrityError(
-                    f"{location.uri_of(rel)}: sha256 mismatch: manifest pins {pinned.sha256}, "
-                    f"downloaded file has {found}; the stored model is corrupt or was "
-                    "changed after `modelload pack`"
+            target = staging / rel
+            sha = pinned.sha256
+            if cache.link_blob(sha, pinned.size, target):
+                continue
+            requests.append(
+                FileRequest(
+                    path=join_path(location.root, rel),
+                    uri=location.uri_of(rel),
+                    dest=cache.partial(sha),
+                    size=pinned.size,
+                    sha256=sha,
+                    journal=cache.journal(sha) if resumable else None,
+                    lock=cache.lock_path(sha),
+                    present=functools.partial(cache.link_blob, sha, pinned.size, target),
+                    commit=functools.partial(cache.commit_blob, link_to=target),
                 )
-        (staging / MANIFEST_NAME).write_bytes(manifest.raw)
-        if snapshot_dir.exists():
-            shutil.rmtree(snapshot_dir)
-        os.replace(staging, snapshot_dir)
-        _complete_marker(snapshot_dir).touch()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Snapshot(snapshot_dir, manifest, manifest.digest, entry, done, verified=True)
+            )
+        results = _download(location, requests, settings, progress, manifest.label)
+        final = cache.commit_snapshot(staging, digest)
+    cache.set_ref(uri, digest)
+    downloaded = sum(r.downloaded for r in results)
+    return Snapshot(final, manifest, digest, final / manifest.path, downloaded, verified=True)
 
 
 def _fetch_single(
     location: Location, settings: Settings, progress: ProgressCallback | None
 ) -> Snapshot:
+    """A bare file: its sha256 is known only once downloaded, so no resume and no
+    skipping; the digest is ``file-<sha256>``."""
     assert location.entry_path is not None
-    name = location.entry_path.rsplit("/", 1)[-1]
-    staging = _snapshots(settings) / f".tmp-file-{uuid.uuid4().hex}"
-    staging.mkdir(parents=True, exist_ok=True)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, None)
-
-    try:
-        sha = _copy(location, location.entry_path, staging / name, tick)
-        digest = f"file-{sha}"
-        snapshot_dir = _snapshots(settings) / digest
-        if not _complete_marker(snapshot_dir).exists():
-            if snapshot_dir.exists():
-                shutil.rmtree(snapshot_dir)
-            os.replace(staging, snapshot_dir)
-            _complete_marker(snapshot_dir).touch()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Snapshot(snapshot_dir, None, digest, snapshot_dir / name, done, verified=True)
+    path = location.entry_path
+    name = posixpath.basename(path)
+    uri = location.source.display(path)
+    with source_errors(uri, "read"):
+        size = location.source.fs.info(path).get("size")
+    if size is None:
+        raise SourceError(
+            f"cannot download {uri!r}: the source does not report its size; pack the model "
+            "with `modelload pack` so its files are pinned"
+        )
+    cache = Cache(settings.cache_dir)
+    with cache.staging("file") as staging:
+        request = FileRequest(
+            path=path,
+            uri=uri,
+            dest=cache.temp_partial(),
+            size=int(size),
+            commit=functools.partial(cache.commit_blob, link_to=staging / name),
+        )
+        try:
+            (result,) = _download(location, [request], settings, progress, name)
+        finally:
+            request.dest.unlink(missing_ok=True)
+        digest = f"file-{result.sha256}"
+        final = cache.commit_snapshot(staging, digest)
+    cache.set_ref(location.source.uri, digest)
+    return Snapshot(final, None, digest, final / name, result.downloaded, verified=True)
 
 
 def verify_snapshot(snapshot: Snapshot, *, full: bool = False) -> None:
@@ -158,7 +219,73 @@ def verify_snapshot(snapshot: Snapshot, *, full: bool = False) -> None:
 
 
 def open_offline(uri: str, settings: Settings) -> Snapshot:
-    """Offline mode is implemented by the cache (issue 6); until then it always misses."""
-    raise OfflineError(
-        f"MODELLOAD_OFFLINE is set but {uri!r} is not in the cache at {settings.cache_dir}"
-    )
+    """The snapshot ``uri`` last resolved to, from the cache alone (``MODELLOAD_OFFLINE``)."""
+    cache = Cache(settings.cache_dir)
+    digest = cache.get_ref(uri)
+    local_dir = cache.find_snapshot(digest) if digest else None
+    if digest is None or local_dir is None:
+        detail = (
+            "it was never fetched into this cache"
+            if digest is None
+            else f"it resolved to {digest}, but that snapshot is no longer there"
+        )
+        raise OfflineError(
+            f"MODELLOAD_OFFLINE is set but {uri!r} is not in the cache at "
+            f"{settings.cache_dir} ({detail}); fetch it once with network access "
+            "(`modelload fetch URI` with the same MODELLOAD_CACHE_DIR) or unset MODELLOAD_OFFLINE"
+        )
+    manifest = cache.read_manifest(digest)
+    if manifest is not None:
+        entry = local_dir / manifest.path
+    else:
+        files = sorted(p for p in local_dir.iterdir() if not p.name.startswith("."))
+        if len(files) != 1:
+            raise CacheError(f"the cached snapshot {local_dir} is damaged: expected one file")
+        entry = files[0]
+    cache.touch(digest)
+    return Snapshot(local_dir, manifest, digest, entry, 0, verified=True)
+
+
+def materialize(snapshot: Snapshot, dest: Path) -> None:
+    """Make ``dest`` a plain model directory: the snapshot's files (hard links when the
+    cache is on the same filesystem, copies otherwise) and, written last, its
+    ``modelload.toml``, so a ``dest`` with a manifest is always complete."""
+    with _disk_errors(dest):
+        dest.mkdir(parents=True, exist_ok=True)
+        if snapshot.manifest is None:
+            link_or_copy(snapshot.entry, dest / snapshot.entry.name)
+            return
+        manifest_path = dest / MANIFEST_NAME
+        with contextlib.suppress(FileNotFoundError):
+            if manifest_path.read_bytes() != snapshot.manifest.raw:
+                os.unlink(manifest_path)  # an older model: not complete until replaced
+        for rel in snapshot.manifest.files:
+            link_or_copy(snapshot.local_dir / rel, dest / rel)
+        link_or_copy(snapshot.local_dir / MANIFEST_NAME, manifest_path)
+
+
+def fetch_uri(
+    uri: str,
+    settings: Settings,
+    *,
+    dest: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> Snapshot:
+    """``modelload fetch``: the model at ``uri`` into the cache (and ``dest``), verified.
+
+    No compatibility check: an init container's image need not carry the model's
+    libraries. With ``settings.offline`` the cache alone is used.
+    """
+    from modelload.loader import read_manifest
+    from modelload.sources import locate, resolve
+
+    if settings.offline:
+        snapshot = open_offline(uri, settings)
+    else:
+        location = locate(resolve(uri, settings))
+        manifest = read_manifest(location)
+        snapshot = fetch_model(location, manifest, settings, progress=progress)
+    verify_snapshot(snapshot)
+    if dest is not None:
+        materialize(snapshot, dest)
+    return snapshot

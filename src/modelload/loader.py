@@ -74,8 +74,10 @@ def read_manifest(location: Location) -> Manifest | None:
     if location.manifest_path is None:
         return None
     uri = location.source.display(location.manifest_path)
-    with source_errors(uri, "read manifest"):
-        data = location.source.fs.cat_file(location.manifest_path)
+    data = location.manifest_bytes
+    if data is None:
+        with source_errors(uri, "read manifest"):
+            data = location.source.fs.cat_file(location.manifest_path)
     return Manifest.parse(data, origin=uri)
 
 

@@ -75,9 +75,9 @@ class Settings:
     offline: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     allowed_sources: tuple[str, ...] = ()
-    # transfer
+    # transfer (defaults measured with benchmarks/fetch.py, see docs/benchmarks.md)
     chunk_size: int = 16 * 1024 * 1024
-    concurrency: int = 16
+    concurrency: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     retries: int = 5

@@ -35,6 +35,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Location",
     "Source",
+    "is_transient",
     "locate",
     "resolve",
     "source_errors",
@@ -107,6 +108,8 @@ class Location:
     root: str
     manifest_path: str | None
     entry_path: str | None
+    #: the manifest's bytes when :func:`locate` already read them
+    manifest_bytes: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -175,6 +178,29 @@ def _options_for(protocol: str, storage_options: Mapping[str, Any]) -> dict[str,
     return {k: v for k, v in storage_options.items() if not (k in known and isinstance(v, Mapping))}
 
 
+def _with_transfer_defaults(
+    protocol: str, options: dict[str, Any], settings: Settings
+) -> dict[str, Any]:
+    """Connect/read timeouts and a connection pool as large as the transfer concurrency,
+    unless the storage options already set them."""
+    if protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", settings.connect_timeout)
+        config.setdefault("read_timeout", settings.read_timeout)
+        config.setdefault("max_pool_connections", max(10, settings.concurrency))
+        options["config_kwargs"] = config
+    elif protocol in ("http", "https"):
+        client = dict(options.get("client_kwargs") or {})
+        if "timeout" not in client:
+            import aiohttp
+
+            client["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+            )
+        options["client_kwargs"] = client
+    return options
+
+
 def resolve(uri: str, settings: Settings | None = None) -> Source:
     """Map ``uri`` to ``Source(fs, path)``; no network access happens here."""
     settings = settings or Settings.from_env()
@@ -187,7 +213,9 @@ def resolve(uri: str, settings: Settings | None = None) -> Source:
         raw = uri.split("://", 1)[1] if "://" in uri else uri
         path = str(Path(os.path.expanduser(raw)).absolute())
         return Source(uri=uri, fs=fsspec.filesystem("file"), path=path, protocol="file")
-    options = _options_for(protocol, settings.storage_options)
+    options = _with_transfer_defaults(
+        protocol, _options_for(protocol, settings.storage_options), settings
+    )
     try:
         fs, path = fsspec.url_to_fs(uri, **options)
     except ImportError as exc:
@@ -216,6 +244,14 @@ def resolve(uri: str, settings: Settings | None = None) -> Source:
     if protocol in ("http", "https"):
         path = uri  # fsspec's http filesystem keeps the whole URL as the path
     return Source(uri=uri, fs=fs, path=path, protocol=protocol)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: 5xx, 408/429, resets, timeouts, short reads, or a
+    transient error behind a FileNotFoundError (fsspec's http refused connection)."""
+    if isinstance(exc, ModelLoadError):
+        return exc.transient
+    return _is_transient(exc) or _transient_cause(exc) is not None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -279,30 +315,35 @@ def source_errors(uri: str, action: str = "read") -> Iterator[None]:
         raise SourceError(f"cannot {action} {uri!r}: {detail}") from exc
 
 
-def _exists(source: Source, path: str) -> bool:
-    """Whether ``path`` exists; connection failures raise instead of answering False."""
-    with source_errors(source.display(path), "check"):
+def _read_if_exists(source: Source, path: str) -> bytes | None:
+    """The bytes of the (small) file at ``path``, or None when there is none there.
+
+    One GET instead of a HEAD then a GET: a warm restart pays one round trip to the
+    source. Connection failures raise instead of answering None.
+    """
+    with source_errors(source.display(path), "read manifest"):
         try:
-            source.fs.info(path)
-        except NotADirectoryError:
-            return False
+            return bytes(source.fs.cat_file(path))
+        except (NotADirectoryError, IsADirectoryError):
+            return None
         except FileNotFoundError as exc:
             if _transient_cause(exc) is not None:
                 raise
-            return False
-        return True
+            return None
 
 
 def locate(source: Source) -> Location:
     """Find the manifest or the single model file that ``source`` points at."""
     fs, path = source.fs, source.path.rstrip("/") or source.path
     if posixpath.basename(path) == MANIFEST_NAME:
-        if not _exists(source, path):
+        data = _read_if_exists(source, path)
+        if data is None:
             raise SourceNotFoundError(f"manifest {source.uri!r} does not exist")
-        return Location(source, posixpath.dirname(path), path, None)
+        return Location(source, posixpath.dirname(path), path, None, data)
     candidate = join_path(path, MANIFEST_NAME)
-    if _exists(source, candidate):
-        return Location(source, path, candidate, None)
+    data = _read_if_exists(source, candidate)
+    if data is not None:
+        return Location(source, path, candidate, None, data)
     with source_errors(source.uri, "read"):
         try:
             info = fs.info(path)
