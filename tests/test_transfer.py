@@ -58,8 +58,11 @@ def test_ranges_are_fetched_concurrently_and_written_at_offsets(
     assert seen[-1] == (total, total) and len(seen) >= 9
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     range_http_server.settle()
-    ranges = [h.range for h in range_http_server.hits if "data.bin" in h.path]
+    hits = [h for h in range_http_server.hits if "data.bin" in h.path]
+    ranges = [h.range for h in hits if h.method == "GET"]
     assert len(ranges) == 9 and all(r and r.startswith("bytes=") for r in ranges)
+    # one size check before the ranges, so bytes appended at the source are noticed
+    assert [h.method for h in hits].count("HEAD") == 1
     assert served(range_http_server, "data.bin") == DATA_SIZE
     # the journal and the temporary file are gone once the blob is committed
     leftovers = [p.name for p in (tmp_path / "c" / "blobs").iterdir() if "." in p.name]
@@ -95,7 +98,16 @@ def test_transient_fault_then_success(
     assert fault.served == 2
     # every range was answered in the end (a stalled handler records its hit only later)
     wait_until(
-        lambda: len({h.range for h in range_http_server.hits if "data.bin" in h.path}) == 9,
+        lambda: (
+            len(
+                {
+                    h.range
+                    for h in range_http_server.hits
+                    if h.method == "GET" and "data.bin" in h.path
+                }
+            )
+            == 9
+        ),
         10,
         "all nine ranges recorded",
     )
@@ -168,6 +180,27 @@ def test_wrong_sha256_over_http(
     sha = manifest.files["data.bin"].sha256
     assert not (cache / "blobs" / f"{sha}.incomplete").exists()
     assert not (cache / "blobs" / f"{sha}.journal").exists()
+
+
+@pytest.mark.parametrize("where", ["http", "local"])
+def test_appended_bytes_are_an_integrity_error(
+    where: str, model: tuple[str, Manifest], range_http_server: RangeHTTPServer, tmp_path: Path
+) -> None:
+    """Ranged reads of the pinned size alone would hash the right prefix and miss bytes
+    added after `modelload pack`; the source's size is checked first."""
+    uri, manifest = model
+    model_dir = Path(range_http_server.directory) / "m"
+    with open(model_dir / "data.bin", "ab") as handle:
+        handle.write(b"tampered")
+    if where == "local":
+        uri = str(model_dir)
+    cache = tmp_path / "c"
+    with pytest.raises(IntegrityError) as info:
+        load_model(uri, cache_dir=cache, **FAST)
+    message = str(info.value)
+    assert "data.bin" in message and "size mismatch" in message
+    assert f"manifest pins {DATA_SIZE} bytes, the source has {DATA_SIZE + 8}" in message
+    assert_not_committed(cache, manifest)
 
 
 def test_server_ignoring_range_is_a_clear_error(tmp_path: Path) -> None:

@@ -34,9 +34,9 @@ import hashlib
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import filelock
 import fsspec
@@ -54,6 +54,8 @@ __all__ = [
     "download",
     "register_range_streamer",
 ]
+
+T = TypeVar("T")
 
 #: ``progress(bytes_done, bytes_total)``, called from the transfer's event loop thread.
 TransferProgress = Callable[[int, int], None]
@@ -417,6 +419,7 @@ class _Engine:
                 self._release(f)
                 finished(f)
                 return
+            await self._check_source_size(f)
             await loop.run_in_executor(self.io_pool, lambda: f.open(resume=True))
             self._tick(f.resumed)
             self._drain_hash(f)
@@ -579,28 +582,57 @@ class _Engine:
             )
         return end - start
 
-    async def _fetch_range(self, f: _File, index: int) -> int:
-        """Download chunk ``index`` with retries; returns its size."""
-        r = f.request
-        start, end = f.span(index)
-        timeout = self.settings.read_timeout
+    async def _retrying(self, uri: str, once: Callable[[], Awaitable[T]]) -> T:
+        """``await once()``, retried with backoff on transient errors; errors name ``uri``."""
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
-                try:
-                    return await asyncio.wait_for(self._copy_range(f, start, end), timeout)
-                except asyncio.TimeoutError:
-                    raise StalledRead(
-                        f"no complete answer for bytes {start}-{end - 1} within the read "
-                        f"timeout of {timeout:g}s (MODELLOAD_READ_TIMEOUT)"
-                    ) from None
+                return await once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if attempt + 1 >= attempts or not is_transient(exc):
-                    _raise_source_error(exc, r.uri, attempt + 1)
+                    _raise_source_error(exc, uri, attempt + 1)
                 await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
+
+    async def _check_source_size(self, f: _File) -> None:
+        """A pinned file whose size at the source differs from the manifest is refused
+        before any byte is fetched (ranged reads alone would never see appended bytes)."""
+        r = f.request
+        if r.sha256 is None:  # a bare file: its size was just read from the source
+            return
+        timeout = self.settings.read_timeout
+
+        async def info() -> dict[str, object]:
+            if self.is_async:
+                found: dict[str, object] = await asyncio.wait_for(self.fs._info(r.path), timeout)
+                return found
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.read_pool, self.fs.info, r.path)
+
+        size = (await self._retrying(r.uri, info)).get("size")
+        if isinstance(size, int) and size != r.size:
+            raise IntegrityError(
+                f"{r.uri}: size mismatch: manifest pins {r.size} bytes, the source has "
+                f"{size}; the stored model was changed after `modelload pack`"
+            )
+
+    async def _fetch_range(self, f: _File, index: int) -> int:
+        """Download chunk ``index`` with retries; returns its size."""
+        start, end = f.span(index)
+        timeout = self.settings.read_timeout
+
+        async def once() -> int:
+            try:
+                return await asyncio.wait_for(self._copy_range(f, start, end), timeout)
+            except asyncio.TimeoutError:
+                raise StalledRead(
+                    f"no complete answer for bytes {start}-{end - 1} within the read "
+                    f"timeout of {timeout:g}s (MODELLOAD_READ_TIMEOUT)"
+                ) from None
+
+        return await self._retrying(f.request.uri, once)
 
     async def _finish(self, f: _File, queue: asyncio.Queue[tuple[_File, int] | None]) -> None:
         """All chunks are in: check the digest, commit, release the lock."""
