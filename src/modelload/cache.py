@@ -71,14 +71,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        os.link(src, tmp)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno not in _NO_HARDLINK:
+        try:
+            os.link(src, tmp)
+        except FileNotFoundError:
             raise
-        shutil.copyfile(src, tmp)
-    try:
+        except OSError as exc:
+            if exc.errno not in _NO_HARDLINK:
+                raise
+            shutil.copyfile(src, tmp)  # a copy cut short (disk full) must not stay behind
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
