@@ -20,7 +20,7 @@ from pathlib import Path
 
 from modelload.cache import Cache, link_or_copy
 from modelload.errors import CacheError, IntegrityError, ModelLoadError, OfflineError, SourceError
-from modelload.manifest import MANIFEST_NAME, Manifest, sha256_file
+from modelload.manifest import MANIFEST_NAME, Manifest
 from modelload.settings import Settings
 from modelload.sources import Location, join_path, source_errors
 from modelload.transfer import FileRequest, FileResult, download
@@ -48,7 +48,6 @@ class Snapshot:
     digest: str
     entry: Path
     bytes_downloaded: int = 0
-    verified: bool = False
 
 
 @contextlib.contextmanager
@@ -131,7 +130,7 @@ def _fetch_manifest(
     if existing is not None:  # warm: a snapshot that exists is complete and verified
         cache.touch(digest)
         cache.set_ref(uri, digest)
-        return Snapshot(existing, manifest, digest, existing / manifest.path, 0, verified=True)
+        return Snapshot(existing, manifest, digest, existing / manifest.path, 0)
     resumable = not location.source.is_local
     with cache.staging(digest) as staging:
         cache.put_bytes(manifest.raw, link_to=staging / MANIFEST_NAME)
@@ -158,7 +157,7 @@ def _fetch_manifest(
         final = cache.commit_snapshot(staging, digest)
     cache.set_ref(uri, digest)
     downloaded = sum(r.downloaded for r in results)
-    return Snapshot(final, manifest, digest, final / manifest.path, downloaded, verified=True)
+    return Snapshot(final, manifest, digest, final / manifest.path, downloaded)
 
 
 def _fetch_single(
@@ -193,11 +192,13 @@ def _fetch_single(
         digest = f"file-{result.sha256}"
         final = cache.commit_snapshot(staging, digest)
     cache.set_ref(location.source.uri, digest)
-    return Snapshot(final, None, digest, final / name, result.downloaded, verified=True)
+    return Snapshot(final, None, digest, final / name, result.downloaded)
 
 
-def verify_snapshot(snapshot: Snapshot, *, full: bool = False) -> None:
-    """Check that every pinned file is present with its size (and sha256 when ``full``)."""
+def verify_snapshot(snapshot: Snapshot) -> None:
+    """Check that every pinned file is present with its size.
+
+    No re-hash: a file reaches a snapshot only from a blob whose sha256 matched."""
     if snapshot.manifest is None:
         if not snapshot.entry.is_file():
             raise IntegrityError(f"{snapshot.entry}: missing from the local snapshot")
@@ -210,12 +211,6 @@ def verify_snapshot(snapshot: Snapshot, *, full: bool = False) -> None:
             raise IntegrityError(f"{path}: missing from the local snapshot") from None
         if size != pinned.size:
             raise IntegrityError(f"{path}: size {size} bytes, manifest pins {pinned.size}")
-        if full:
-            found = sha256_file(path)
-            if found != pinned.sha256:
-                raise IntegrityError(
-                    f"{path}: sha256 mismatch: manifest pins {pinned.sha256}, found {found}"
-                )
 
 
 def open_offline(uri: str, settings: Settings) -> Snapshot:
@@ -243,7 +238,7 @@ def open_offline(uri: str, settings: Settings) -> Snapshot:
             raise CacheError(f"the cached snapshot {local_dir} is damaged: expected one file")
         entry = files[0]
     cache.touch(digest)
-    return Snapshot(local_dir, manifest, digest, entry, 0, verified=True)
+    return Snapshot(local_dir, manifest, digest, entry, 0)
 
 
 def materialize(snapshot: Snapshot, dest: Path) -> None:

@@ -25,7 +25,7 @@ from modelload.errors import ModelLoadError, SourceError
 from modelload.fetch import ProgressCallback, Snapshot
 from modelload.manifest import Manifest
 from modelload.settings import Settings
-from modelload.sources import Location, locate, resolve, source_errors
+from modelload.sources import Location, locate, resolve
 
 __all__ = ["LoadedModel", "ModelLoader", "load_model", "read_manifest"]
 
@@ -70,15 +70,11 @@ class LoadedModel:
 
 
 def read_manifest(location: Location) -> Manifest | None:
-    """The manifest at ``location`` (small: read in one request), or None for a bare file."""
-    if location.manifest_path is None:
+    """The manifest :func:`~modelload.sources.locate` read, parsed; None for a bare file."""
+    if location.manifest_path is None or location.manifest_bytes is None:
         return None
     uri = location.source.display(location.manifest_path)
-    data = location.manifest_bytes
-    if data is None:
-        with source_errors(uri, "read manifest"):
-            data = location.source.fs.cat_file(location.manifest_path)
-    return Manifest.parse(data, origin=uri)
+    return Manifest.parse(location.manifest_bytes, origin=uri)
 
 
 class ModelLoader:
@@ -171,7 +167,7 @@ class ModelLoader:
             with self._timed("fetch"):
                 snapshot = fetch.fetch_model(location, manifest, settings, progress=self.progress)
         with self._timed("verify"):
-            fetch.verify_snapshot(snapshot, full=not snapshot.verified)
+            fetch.verify_snapshot(snapshot)
         fmt = manifest.format if manifest else loaders.format_for_path(snapshot.entry)
         if fmt is None:
             from modelload.errors import UnknownFormatError
